@@ -1,0 +1,5 @@
+"""Entry point for `python -m costlaw`."""
+
+from costlaw.cli import main
+
+raise SystemExit(main())
