@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import sys
 import time
 from typing import Any
@@ -37,7 +36,7 @@ from ml_collections import config_dict, config_flags
 
 from costlaw.arch import param_counts
 from costlaw.costs import dtype_bytes, inference_flops, training_flops_per_token
-from experiments import hlo, model as model_lib, train as train_lib, validate
+from experiments import cli, hlo, model as model_lib, train as train_lib, validate
 
 
 
@@ -223,9 +222,7 @@ def run() -> None:
     flags.DEFINE_integer("batch_size", 1, "Sequences per profiled step.")
     flags.DEFINE_bool("train_step", True, "Also compile one training step at each context.")
     flags.DEFINE_bool("json", False, "Print JSON instead of a table.")
-    flags.FLAGS.set_default("verbosity", -1)  # absl INFO chatter (e.g. 'no TPU found') hides the table
-    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # 'Unable to initialize backend tpu'
-    app.run(main)
+    cli.run_main(main)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
-import logging
 import math
 import pathlib
 import sys
@@ -21,7 +21,7 @@ from ml_collections import config_dict, config_flags
 
 from costlaw.arch import param_counts
 from costlaw.costs import training_flops_per_token
-from experiments import data, model as model_lib, validate
+from experiments import cli, data, model as model_lib, validate
 
 RECORD_SCHEMA_VERSION = 1
 
@@ -67,9 +67,31 @@ def loss_fn(graphdef: nnx.GraphDef, params: dict, tokens: jax.Array) -> jax.Arra
     return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
 
 
-def _progress(step: int, total: int, loss: float, tokens_per_s: float, elapsed: float) -> str:
-    eta = (total - step) * elapsed / max(step, 1)
-    return f"step {step:>6}/{total}  loss {loss:.4f}  {tokens_per_s:,.0f} tok/s  elapsed {elapsed:.0f}s  eta {eta:.0f}s"
+class _Rate:
+    """Tokens/s and ETA for progress lines. Step 1 includes compilation, so rates start after it;
+    evaluation time is excluded so the training rate stays the training rate."""
+
+    def __init__(self, tokens_per_step: int, total_steps: int):
+        self.tokens_per_step, self.total = tokens_per_step, total_steps
+        self.start = time.perf_counter()
+        self.base_time = self.base_step = None
+        self.excluded = 0.0
+
+    @contextlib.contextmanager
+    def paused(self):
+        t = time.perf_counter()
+        yield
+        self.excluded += time.perf_counter() - t
+
+    def line(self, step: int) -> str:
+        now = time.perf_counter()
+        if self.base_time is None:
+            self.base_time, self.base_step = now, step
+            return f"step {step:>6}/{self.total}  first step (incl. compile) {now - self.start:.1f}s"
+        busy = now - self.base_time - self.excluded
+        steps_per_s = (step - self.base_step) / busy
+        eta = (self.total - step) / steps_per_s
+        return f"step {step:>6}/{self.total}  {steps_per_s * self.tokens_per_step:,.0f} tok/s  eta {eta:,.0f}s"
 
 
 def train(config: config_dict.ConfigDict, workdir: str | pathlib.Path, *, echo: Callable[[str], Any] = print) -> TrainResult:
@@ -107,7 +129,7 @@ def train(config: config_dict.ConfigDict, workdir: str | pathlib.Path, *, echo: 
     def train_step(params, opt_state, tokens):
         loss, grads = jax.value_and_grad(lambda p: loss_fn(graphdef, p, tokens))(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss, optax.global_norm(grads)
+        return optax.apply_updates(params, updates), opt_state, loss, optax.tree.norm(grads)
 
     eval_loss = jax.jit(lambda p, t: loss_fn(graphdef, p, t))
     rng = np.random.default_rng(config.seed)
@@ -119,22 +141,21 @@ def train(config: config_dict.ConfigDict, workdir: str | pathlib.Path, *, echo: 
         return float(np.mean([eval_loss(params, b) for b in batches]))
 
     losses, eval_losses = [], []
-    start = last_time = time.perf_counter()
-    last_step = 0
+    start = time.perf_counter()
+    timer = _Rate(tokens_per_step, config.train_steps)
     for step in range(1, config.train_steps + 1):
         batch = data.sample_windows(splits.train, config.batch_size, config.seq_len + 1, rng)
         params, opt_state, loss, grad_norm = train_step(params, opt_state, batch)
-        if step % config.log_every == 0 or step == config.train_steps:
-            loss = float(loss)
+        if step == 1 or step % config.log_every == 0 or step == config.train_steps:
+            loss = float(loss)  # blocks on this step only when a line is due
             if not math.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss} at step {step}; lower optimizer.learning_rate or check the data")
-            now = time.perf_counter()
-            rate = (step - last_step) * tokens_per_step / (now - last_time)
-            echo(_progress(step, config.train_steps, loss, rate, now - start) + f"  lr {float(schedule(step)):.2e}  |g| {float(grad_norm):.3f}")
+            # optax reads the schedule at the 0-based count, so step s ran with schedule(s - 1)
+            echo(f"{timer.line(step)}  loss {loss:.4f}  lr {float(schedule(step - 1)):.2e}  |g| {float(grad_norm):.3f}")
             losses.append((step, loss))
-            last_time, last_step = now, step
         if step % config.eval_every == 0 or step == config.train_steps:
-            eval_losses.append((step, evaluate(params)))
+            with timer.paused():
+                eval_losses.append((step, evaluate(params)))
             echo(f"eval  step {step:>6}  held-out loss {eval_losses[-1][1]:.4f} ({config.eval_batches * tokens_per_step:,} tokens)")
 
     record = {
@@ -182,9 +203,7 @@ def run() -> None:
     """Console-script entry point; flags are defined here so importing this module defines none."""
     config_flags.DEFINE_config_file("config", None, "Run config file, e.g. configs/cpu_tiny.py.", lock_config=True)
     flags.DEFINE_string("workdir", None, "Folder for this run's outputs (created if missing).")
-    flags.FLAGS.set_default("verbosity", -1)  # absl INFO chatter (e.g. 'no TPU found') drowns the progress lines
-    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # 'Unable to initialize backend tpu'
-    app.run(main)
+    cli.run_main(main)
 
 
 if __name__ == "__main__":
