@@ -1,6 +1,7 @@
-"""The `costlaw` command line: cost an architecture at one or more context lengths."""
+"""The `costlaw` command line: one subcommand per analysis step, each with --help and --json."""
 
 import argparse
+import importlib
 import json
 import re
 import sys
@@ -17,6 +18,12 @@ _FIELD_FLAGS = {
     "beta": "--beta",
 }
 _FIELD_PATTERN = re.compile(r"\b(" + "|".join(_FIELD_FLAGS) + r")\b")
+
+
+# Subcommands defined in their own modules: each has register(commands), which adds its parser(s)
+# with set_defaults(handler=fn); fn(args) returns the text to print and raises UsageError or
+# ValueError for user mistakes.
+COMMAND_MODULES: tuple[str, ...] = ()
 
 
 class UsageError(Exception):
@@ -100,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     objective.add_argument("--memory-dtype", choices=dtypes,
                            help="bytes per value for Z (default: the param and KV dtypes)")
     cost.add_argument("--json", action="store_true", help="print the report as JSON")
+    cost.set_defaults(handler=_cost)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(commands)
     return parser
 
 
@@ -210,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (2 for a user error, reported in one line)."""
     try:
         args = build_parser().parse_args(argv)
-        output = _cost(args)
+        output = args.handler(args)
     except UsageError as error:
         print(f"costlaw: error: {error}", file=sys.stderr)
         return 2

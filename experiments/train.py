@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.metadata
 import json
 import math
 import pathlib
+import subprocess
 import sys
 import time
 from typing import Any, Callable
@@ -32,7 +34,7 @@ class TrainResult:
     """What a run produced: the loss history and held-out losses, also written to record.json."""
 
     losses: list[tuple[int, float]]
-    eval_losses: list[tuple[int, float]]
+    eval_losses: list[dict]  # {"step", "context", "loss", "tokens"}
     record_path: pathlib.Path
 
 
@@ -155,25 +157,48 @@ def train(config: config_dict.ConfigDict, workdir: str | pathlib.Path, *, echo: 
             losses.append((step, loss))
         if step % config.eval_every == 0 or step == config.train_steps:
             with timer.paused():
-                eval_losses.append((step, evaluate(params)))
-            echo(f"eval  step {step:>6}  held-out loss {eval_losses[-1][1]:.4f} ({config.eval_batches * tokens_per_step:,} tokens)")
+                loss = evaluate(params)
+            n_eval = config.eval_batches * tokens_per_step
+            eval_losses.append({"step": step, "context": config.seq_len, "loss": loss, "tokens": n_eval})
+            echo(f"eval  step {step:>6}  held-out loss {loss:.4f} at T={config.seq_len} ({n_eval:,} tokens)")
 
     record = {
         "schema_version": RECORD_SCHEMA_VERSION,
+        "kind": "gqa-costlaw-run",
         "config": config.to_dict(),
+        "architecture": dataclasses.asdict(validate.architecture(config)),
         "params": dataclasses.asdict(counts),
+        "train_context": config.seq_len,
         "training_flops_per_token": flops_per_token,
         "train_tokens": config.train_steps * tokens_per_step,
         "losses": losses,
         "eval_losses": eval_losses,
         "wall_seconds": time.perf_counter() - start,
         "jax_version": jax.__version__,
+        "package_version": _package_version(),
+        "git_commit": _git_commit(),
         "devices": [str(d) for d in jax.devices()],
     }
     record_path = workdir / "record.json"
     record_path.write_text(json.dumps(record, indent=2))
     echo(f"wrote {record_path}")
     return TrainResult(losses, eval_losses, record_path)
+
+
+def _package_version() -> str | None:
+    try:
+        return importlib.metadata.version("gqa-costlaw")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _git_commit() -> str | None:
+    """The commit of the checkout this code runs from, so a record can be reproduced."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=pathlib.Path(__file__).parent, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
