@@ -16,8 +16,8 @@ compile on a laptop CPU. What each column counts:
 * compiler total: XLA's cost_analysis() 'flops', which adds elementwise ops (softmax, norms, RoPE,
   SiLU, the optimizer update), so it exceeds the matmul count by a few percent.
 * memory: XLA's memory_analysis(): arguments (parameters, optimizer state, tokens), outputs and
-  temporaries (activations and scratch); analytic state bytes are costlaw's parameter (and, for a
-  training step, gradient-free optimizer) bytes for the config's dtypes.
+  temporaries (activations and scratch); analytic state bytes are costlaw's parameter bytes in the
+  config's param_dtype, plus Adam's two float32 moments for a training step.
 """
 
 from __future__ import annotations
