@@ -25,6 +25,7 @@ setup(
         "scipy>=1.14",
         "matplotlib>=3.9",
         "absl-py>=2.1",
+        "flatbuffers>=25.12.19",  # jax.export serialization (kernel lowering proofs)
     ],
     extras_require={"test": ["pytest>=8.0", "pytest-xdist>=3.5"]},
     entry_points={

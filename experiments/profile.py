@@ -5,6 +5,11 @@ python -m experiments.profile --config=configs/paper.py:470M --context_lengths=2
 Everything runs on abstract shapes (jax.eval_shape): nothing is allocated, so paper-scale models
 compile on a laptop CPU. What each column counts:
 
+The profile compiles with the dense XLA attention (--attention_impl=xla, the default), because
+only then is every attention matmul a dot the compiler counts: the blocked XLA path hides them in
+loops (counted once per loop body) and the Pallas kernels in custom calls. Other impls can be
+profiled for memory; their "compiler dots" then cover the projections and the output layer only.
+
 * analytic (dense): costlaw's matmul-only count of what the compiled program executes. The XLA
   attention computes every query-key score and masks afterwards, so a forward pass over T tokens
   is T * C_infer(T) = T * (2N + 4*T*L*d_h*n_q) with N the matmul parameters (output projection
@@ -45,6 +50,7 @@ class PassProfile:
     """Analytic and compiler counts for one compiled pass (forward or training step) at one context."""
 
     pass_name: str
+    attention_impl: str
     context: int
     batch_size: int
     analytic_dense_flops: float
@@ -107,6 +113,7 @@ def profile_forward(config: config_dict.ConfigDict, context: int, batch_size: in
     n_tokens = batch_size * context
     return PassProfile(
         pass_name="forward",
+        attention_impl=config.attention_impl,
         context=context,
         batch_size=batch_size,
         analytic_dense_flops=n_tokens * inference_flops(arch, context).total,
@@ -137,6 +144,7 @@ def profile_train_step(config: config_dict.ConfigDict, context: int, batch_size:
     n_params = param_counts(arch).total
     return PassProfile(
         pass_name="train_step",
+        attention_impl=config.attention_impl,
         context=context,
         batch_size=batch_size,
         analytic_dense_flops=n_tokens * training_flops_per_token(arch, context, causal=False).total,
@@ -148,8 +156,21 @@ def profile_train_step(config: config_dict.ConfigDict, context: int, batch_size:
     )
 
 
-def profile(config: config_dict.ConfigDict, context_lengths: list[int], *, batch_size: int = 1, train_step: bool = True, echo=None) -> list[PassProfile]:
-    """Validate the config, then profile the forward pass (and a training step) at each context."""
+def profile(
+    config: config_dict.ConfigDict,
+    context_lengths: list[int],
+    *,
+    batch_size: int = 1,
+    train_step: bool = True,
+    attention_impl: str = "xla",
+    echo=None,
+) -> list[PassProfile]:
+    """Validate the config, then profile the forward pass (and a training step) at each context.
+
+    attention_impl replaces config.attention_impl: "xla" (default) keeps every matmul visible.
+    """
+    config = validate.validate(config)
+    config.attention_impl = attention_impl
     config = validate.validate(config)
     results = []
     for context in context_lengths:
@@ -205,7 +226,10 @@ def main(argv: list[str]) -> None:
         if FLAGS.batch_size <= 0:
             raise validate.ConfigError("batch_size (flag)", FLAGS.batch_size, "must be a positive integer")
         echo = None if FLAGS.json else (lambda s: print(s, file=sys.stderr))
-        results = profile(FLAGS.config, contexts, batch_size=FLAGS.batch_size, train_step=FLAGS.train_step, echo=echo)
+        results = profile(
+            FLAGS.config, contexts, batch_size=FLAGS.batch_size, train_step=FLAGS.train_step,
+            attention_impl=FLAGS.attention_impl, echo=echo,
+        )
     except validate.ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -222,6 +246,7 @@ def run() -> None:
     flags.DEFINE_integer("batch_size", 1, "Sequences per profiled step.")
     flags.DEFINE_bool("train_step", True, "Also compile one training step at each context.")
     flags.DEFINE_bool("json", False, "Print JSON instead of a table.")
+    flags.DEFINE_string("attention_impl", "xla", "Attention impl to compile; 'xla' keeps every matmul countable.")
     cli.run_main(main)
 
 

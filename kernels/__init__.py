@@ -1,4 +1,4 @@
-"""Attention kernels for grouped-query attention: XLA reference and backend dispatch (jax only)."""
+"""Attention kernels for grouped-query attention: XLA reference, blocked XLA, Pallas flash and decode kernels, and dispatch (jax only)."""
 
 from kernels.dispatch import attention, available_impls, decode_attention
 

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+import kernels
 from configs import base, cpu_tiny, paper
 from costlaw.arch import PAPER_LADDER, Architecture, param_counts
 from experiments import validate
@@ -20,7 +21,7 @@ BAD = [
     ("--config.model.d_model=0", "model.d_model", "positive integer"),
     ("--config.model.num_layers=-2", "model.num_layers", "positive integer"),
     ("--config.batch_size=0", "batch_size", "positive integer"),
-    ("--config.attention_impl=flash9000", "attention_impl", "allowed values: auto, xla"),
+    ("--config.attention_impl=flash9000", "attention_impl", "allowed values: " + ", ".join(("auto", *kernels.available_impls()))),
     ("--config.model.dtype=float8", "model.dtype", "allowed values: bfloat16, float32"),
 ]
 
