@@ -24,6 +24,7 @@ setup(
         "numpy>=2.0",
         "scipy>=1.14",
         "matplotlib>=3.9",
+        "threadpoolctl>=3.8",  # one BLAS thread inside the scaling fits (costlaw.fit)
         "absl-py>=2.1",
         "flatbuffers>=25.12.19",  # jax.export serialization (kernel lowering proofs)
     ],

@@ -8,6 +8,7 @@ import sys
 from typing import Sequence
 
 from costlaw.arch import PAPER_HEAD_DIM, PAPER_VOCAB_SIZE, Architecture, ladder_shape, mha_num_heads
+from costlaw.formatting import human_bytes, human_count, human_flops, render_rows
 from costlaw.costs import DTYPE_ALIASES, DTYPE_BYTES, FLOPS_UNITS, MEMORY_UNITS, ObjectiveSpec, cost_report
 
 # Library errors name dataclass fields; a command-line user needs the option to change.
@@ -23,7 +24,7 @@ _FIELD_PATTERN = re.compile(r"\b(" + "|".join(_FIELD_FLAGS) + r")\b")
 # Subcommands defined in their own modules: each has register(commands), which adds its parser(s)
 # with set_defaults(handler=fn); fn(args) returns the text to print and raises UsageError or
 # ValueError for user mistakes.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("costlaw.cli_fit", "costlaw.cli_search", "costlaw.cli_report")
 
 
 class UsageError(Exception):
@@ -137,39 +138,6 @@ def _architecture(args: argparse.Namespace) -> Architecture:
     )
 
 
-def _scaled(value: float, unit: str, prefixes: Sequence[str], base: float = 1000.0) -> str:
-    scaled, index = float(value), 0
-    while abs(scaled) >= base and index < len(prefixes) - 1:
-        scaled, index = scaled / base, index + 1
-    return f"{scaled:.2f} {prefixes[index]}{unit}".rstrip()
-
-
-def human_flops(value: float) -> str:
-    return _scaled(value, "FLOP", ["", "K", "M", "G", "T", "P", "E"])
-
-
-def human_bytes(value: float) -> str:
-    return _scaled(value, "B", ["", "K", "M", "G", "T", "P"])
-
-
-def human_count(value: float) -> str:
-    return _scaled(value, "", ["", "K", "M", "B", "T"])
-
-
-def _render(rows: list[list[str]]) -> str:
-    """Align cells: the label column left, the value columns right; one-cell rows are headings."""
-    widths = [max(len(row[i]) for row in rows if len(row) > 1 and i < len(row))
-              for i in range(max(len(row) for row in rows))]
-    lines = []
-    for row in rows:
-        if len(row) == 1:
-            lines.append(row[0])
-            continue
-        cells = [row[0].ljust(widths[0])] + [cell.rjust(widths[i + 1]) for i, cell in enumerate(row[1:])]
-        lines.append("  ".join(cells).rstrip())
-    return "\n".join(lines)
-
-
 def format_report(report: dict) -> str:
     """A readable table of a cost_report."""
     a, p, t = report["architecture"], report["params"], report["training"]
@@ -201,7 +169,7 @@ def format_report(report: dict) -> str:
     if t["flops_per_run"] is not None:
         rows.append([f"  FLOPs per run ({human_count(t['tokens'])} tokens)", human_flops(t["flops_per_run"]["total"])])
     rows += [[f"  memory, {key.replace('_', ' ')}", human_bytes(value)] for key, value in t["memory_bytes"].items()]
-    return _render(rows)
+    return render_rows(rows)
 
 
 def _cost(args: argparse.Namespace) -> str:
