@@ -110,8 +110,10 @@ class TableRow:
 
 def optimal_heads_table(laws: Mapping[Heads, LossLaw], target_losses: Sequence[float], contexts: Sequence[float], *,
                         objective: ObjectiveSpec = ObjectiveSpec(), rank_by: str = "z", baseline: Heads | None = None,
-                        costing: Costing = Costing()) -> list[TableRow]:
-    """The paper's table of optimal configurations: recommend() for every (L*, T), losses outermost."""
+                        costing: Costing = Costing(),
+                        samples: Mapping[Heads, Sequence[LossLaw]] | None = None) -> list[TableRow]:
+    """The paper's table of optimal configurations: recommend() for every (L*, T), losses outermost.
+    With bootstrap samples, the winners' N* and costs carry intervals."""
     if not laws:
         raise ValueError("no loss laws given; fit some first (costlaw fit) or pass a dict of (n_q, n_kv) -> LossLaw")
     rows = []
@@ -120,8 +122,16 @@ def optimal_heads_table(laws: Mapping[Heads, LossLaw], target_losses: Sequence[f
         for context in contexts:
             rows.append(TableRow(target, context, recommend(
                 laws, target, context, objective=objective, rank_by=rank_by, baseline=baseline, costing=costing,
+                samples=samples,
             ) if reachable else None))
     return rows
+
+
+def _with_interval(value: float, intervals, name: str, fmt) -> str:
+    bounds = (intervals or {}).get(name)
+    if bounds is None or not all(np.isfinite(bounds)):
+        return fmt(value)
+    return f"{fmt(value)} [{fmt(bounds[0])}, {fmt(bounds[1])}]"
 
 
 def _percent(value: float | None) -> str:
@@ -129,7 +139,8 @@ def _percent(value: float | None) -> str:
 
 
 def format_table(rows: Sequence[TableRow]) -> str:
-    """The optimal-configuration table as Markdown; savings are 1 - winner/baseline."""
+    """The optimal-configuration table as Markdown; savings are 1 - winner/baseline; [lo, hi] are
+    bootstrap intervals where the table was built with samples."""
     lines = [
         "| L* | T | best H | N* | shape L x d | FLOPs/token | memory | Z | baseline | memory saved | FLOPs saved |",
         "|---:|---:|:---:|---:|:---:|---:|---:|---:|:---:|---:|---:|",
@@ -142,9 +153,12 @@ def format_table(rows: Sequence[TableRow]) -> str:
         best = rec.winner
         baseline = "none" if rec.baseline is None else f"{rec.baseline.heads[0]},{rec.baseline.heads[1]}"
         lines.append(
-            f"| {row.target_loss:g} | {row.context:,} | {best.heads[0]},{best.heads[1]} | {human_count(best.n_star)} "
-            f"| {best.shape.arch.num_layers} x {best.shape.arch.d_model} | {human_flops(best.flops)} "
-            f"| {human_bytes(best.memory_bytes)} | {best.z:.4g} | {baseline} | {_percent(rec.saving('memory'))} "
+            f"| {row.target_loss:g} | {row.context:,} | {best.heads[0]},{best.heads[1]} "
+            f"| {_with_interval(best.n_star, best.intervals, 'n_star', human_count)} "
+            f"| {best.shape.arch.num_layers} x {best.shape.arch.d_model} "
+            f"| {_with_interval(best.flops, best.intervals, 'flops', human_flops)} "
+            f"| {_with_interval(best.memory_bytes, best.intervals, 'memory_bytes', human_bytes)} "
+            f"| {_with_interval(best.z, best.intervals, 'z', lambda x: f'{x:.4g}')} | {baseline} | {_percent(rec.saving('memory'))} "
             f"| {_percent(rec.saving('flops'))} |"
         )
     return "\n".join(lines)

@@ -53,6 +53,9 @@ def test_sections_and_fitted_numbers(report):
         predicted = (fit["a"] / 1e9) ** fit["b"] + fit["E"]
         assert predicted == pytest.approx(law.loss(1e9), rel=0.01)
         assert fit["intervals"]["E"][0] <= fit["E"] <= fit["intervals"]["E"][1]
+    optimal = text.split("## Optimal head configuration")[1].split("## Ranking")[0]
+    cells = [line for line in optimal.splitlines() if re.match(r"^\| [\d.]+ \| [\d,]+ \| \d+,\d+ ", line)]
+    assert len(cells) == 3 * 2 and all(line.count("[") == 4 for line in cells)  # N*, FLOPs, memory, Z
     # every number of the ranking tables carries an interval: "value [lo, hi]"
     ranking = text.split("## Ranking")[1].split("## Loss-cost")[0]
     rows = [line for line in ranking.splitlines() if re.match(r"^\| \d+ \|", line)]
