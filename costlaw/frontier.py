@@ -111,7 +111,8 @@ class TableRow:
 def optimal_heads_table(laws: Mapping[Heads, LossLaw], target_losses: Sequence[float], contexts: Sequence[float], *,
                         objective: ObjectiveSpec = ObjectiveSpec(), rank_by: str = "z", baseline: Heads | None = None,
                         costing: Costing = Costing(),
-                        samples: Mapping[Heads, Sequence[LossLaw]] | None = None) -> list[TableRow]:
+                        samples: Mapping[Heads, Sequence[LossLaw]] | None = None,
+                        confidence: float = 0.95) -> list[TableRow]:
     """The paper's table of optimal configurations: recommend() for every (L*, T), losses outermost.
     With bootstrap samples, the winners' N* and costs carry intervals."""
     if not laws:
@@ -122,7 +123,7 @@ def optimal_heads_table(laws: Mapping[Heads, LossLaw], target_losses: Sequence[f
         for context in contexts:
             rows.append(TableRow(target, context, recommend(
                 laws, target, context, objective=objective, rank_by=rank_by, baseline=baseline, costing=costing,
-                samples=samples,
+                samples=samples, confidence=confidence,
             ) if reachable else None))
     return rows
 

@@ -21,7 +21,9 @@ class LossLaw:
         """N* = a / (L* - E)^(1/b): the size that reaches `target`; inf when target <= E (unreachable)."""
         if target <= self.E:
             return math.inf
-        return self.a / (target - self.E) ** (1.0 / self.b)
+        # in logs: (L* - E)^(1/b) underflows to 0 for small b, where N* is astronomically large
+        log_n = math.log(self.a) - math.log(target - self.E) / self.b
+        return math.exp(log_n) if log_n < 700 else math.inf
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,14 @@ def laws_from_json(rows: list[dict]) -> dict[Heads, LossLaw]:
             law = LossLaw(a=float(row["a"]), b=float(row["b"]), E=float(row["E"]))
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"law row {i} must have numeric n_q, n_kv, a, b, E; got {row!r}") from e
-        if not (law.a > 0 and law.b > 0 and heads[0] % heads[1] == 0):
-            raise ValueError(f"law row {i} is not a valid law (a > 0, b > 0, n_kv dividing n_q): {row!r}")
+        valid = (
+            heads[0] > 0 and heads[1] > 0 and heads[0] % heads[1] == 0
+            and all(math.isfinite(x) for x in (law.a, law.b, law.E)) and law.a > 0 and law.b > 0
+        )
+        if not valid:
+            raise ValueError(
+                f"law row {i} is not a valid law (positive n_q and n_kv with n_kv dividing n_q; finite a > 0, "
+                f"b > 0, E): {row!r}"
+            )
         laws[heads] = law
     return laws

@@ -183,7 +183,7 @@ def build_report(loaded: LoadResult | Sequence[str | Path], out_dir: str | Path,
                 out / f"frontier_{cost}_T{int(context)}.png",
                 cost_label=label, title=f"Loss vs {cost} at T = {int(context):,} tokens",
             ))
-    table = optimal_heads_table(laws, targets, options.contexts, samples=samples, **kw)
+    table = optimal_heads_table(laws, targets, options.contexts, samples=samples, confidence=options.confidence, **kw)
     recs = [recommend(laws, t, long_context, samples=samples, confidence=options.confidence, **kw) for t in targets if any(t > law.E for law in laws.values())]
     with_baseline = [r for r in recs if r.baseline is not None]
     if with_baseline:

@@ -233,12 +233,27 @@ def _quantiles(values: Sequence[float], confidence: float) -> tuple[float, float
     return float(low), float(high)
 
 
+# Beyond this a "model" is not a design question (the largest trained today are ~1e12); laws with tiny
+# exponents can ask for 1e50 parameters, which the shape solver cannot represent.
+MAX_BUILDABLE_N = 1e15
+
+
+def _n_star(law: LossLaw, target_loss: float) -> tuple[float, str | None]:
+    """N* for the target, and why it cannot be built (None when it can)."""
+    n_star = law.n_for_loss(target_loss)
+    if target_loss <= law.E:
+        return n_star, f"target {target_loss:g} is not above E={law.E:.4g}"
+    if not n_star <= MAX_BUILDABLE_N:
+        return math.inf, f"target {target_loss:g} needs N* > {MAX_BUILDABLE_N:.0e} parameters (b={law.b:.3g})"
+    return n_star, None
+
+
 def _intervals(heads: Heads, samples: Sequence[LossLaw], target_loss: float, context: float,
                objective: ObjectiveSpec, costing: Costing, confidence: float) -> dict[str, tuple[float, float]]:
     columns: dict[str, list[float]] = {"n_star": [], "flops": [], "memory_bytes": [], "z": []}
     for law in samples:
-        n_star = law.n_for_loss(target_loss)
-        if math.isinf(n_star):
+        n_star, unreachable = _n_star(law, target_loss)
+        if unreachable:
             for column in columns.values():
                 column.append(math.inf)
             continue
@@ -338,9 +353,9 @@ def recommend(laws: Mapping[Heads, LossLaw], target_loss: float, context: float,
         raise ValueError(f"confidence={confidence!r} is not allowed; it must lie strictly between 0 and 1")
     candidates, skipped = {}, []
     for heads, law in sorted(laws.items()):
-        n_star = law.n_for_loss(target_loss)
-        if math.isinf(n_star):
-            skipped.append(Skipped(heads, f"target {target_loss:g} is not above E={law.E:.4g}"))
+        n_star, unreachable = _n_star(law, target_loss)
+        if unreachable:
+            skipped.append(Skipped(heads, unreachable))
             continue
         candidate = _cost(heads, law, n_star, costing.shape(heads, n_star), context, objective, costing)
         if samples and samples.get(heads):

@@ -134,3 +134,16 @@ def test_frontier_error_is_one_line(capsys, fits):
     assert main(["frontier", "--fits", str(fits), "--context", "8192", "--n-min", "1e9", "--n-max", "1e8"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--n-min" in err
+
+
+@pytest.mark.parametrize("row", [
+    {"n_q": 8, "n_kv": 0, "a": 1e8, "b": 0.3, "E": 2.0},
+    {"n_q": 8, "n_kv": 2, "a": 1e8, "b": 0.3, "E": float("nan")},
+    {"n_q": -8, "n_kv": 2, "a": 1e8, "b": 0.3, "E": 2.0},
+])
+def test_malformed_law_rows_are_one_line_errors(tmp_path, capsys, row):
+    path = tmp_path / "fits.json"
+    path.write_text(json.dumps({"laws": [row]}))
+    assert main(["recommend", "--fits", str(path), "--target-loss", "2.5", "--context", "8192"]) == 2
+    err = capsys.readouterr().err
+    assert "not a valid law" in err and err.count("\n") == 1

@@ -268,3 +268,15 @@ def test_training_allocation_spends_the_budget():
     assert result.tokens_per_param == pytest.approx(d_opt / n_opt)
     for a in result.ranked:
         assert a.tokens == round(d_opt / n_opt * a.shape.n_actual)
+
+
+def test_degenerate_laws_are_skipped_not_crashed():
+    """A tiny fitted exponent asks for an astronomically large N*: skipped with the reason."""
+    from costlaw.laws import LossLaw
+    from costlaw.search import recommend
+
+    laws = {(8, 8): LossLaw(a=1e8, b=0.3, E=2.0), (8, 1): LossLaw(a=1e8, b=1e-3, E=2.0), (4, 1): LossLaw(a=1e8, b=0.004, E=2.0)}
+    rec = recommend(laws, 2.3, 8192)
+    assert [c.heads for c in rec.ranked] == [(8, 8)]
+    reasons = {s.heads: s.reason for s in rec.skipped}
+    assert set(reasons) == {(8, 1), (4, 1)} and all("needs N* >" in r for r in reasons.values())
