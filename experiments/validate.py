@@ -11,6 +11,9 @@ import kernels
 from costlaw.arch import Architecture, default_d_ff
 
 DTYPES = ("bfloat16", "float32")
+MESH_AXES = ("data", "fsdp", "tensor")
+# Logical names a mesh_rules entry may map: the model's parameter axes plus the batch dimension.
+LOGICAL_AXES = ("batch", "vocab", "embed", "q_heads", "kv_heads", "head_dim", "mlp")
 
 
 class ConfigError(ValueError):
@@ -91,14 +94,72 @@ def _check_run(c: config_dict.ConfigDict) -> None:
     _positive_float(c, "optimizer.learning_rate")
     _fraction(c, "optimizer.warmup_frac", upper_open=True)
     _fraction(c, "optimizer.final_lr_frac")
+    _choice(c, "optimizer.schedule", ("wsd", "cosine"))
+    _choice(c, "optimizer.decay_shape", ("cosine", "linear"))
+    _fraction(c, "optimizer.decay_frac")
+    o = c.optimizer
+    if o.schedule == "wsd" and o.warmup_frac + o.decay_frac > 1:
+        raise ConfigError(
+            "optimizer.decay_frac", o.decay_frac, f"warmup_frac + decay_frac must be <= 1 (warmup_frac={o.warmup_frac})"
+        )
+    if not isinstance(o.decay_embeddings, bool):
+        raise ConfigError("optimizer.decay_embeddings", o.decay_embeddings, "must be True or False")
     _fraction(c, "optimizer.b1", upper_open=True)
     _fraction(c, "optimizer.b2", upper_open=True)
     for field in ("optimizer.weight_decay", "optimizer.grad_clip"):
         value = _get(c, field)
         if not isinstance(value, (int, float)) or value < 0:
             raise ConfigError(field, value, "must be a non-negative number (0 disables it)")
+    _positive_int(c, "grad_accum_steps")
+    if c.batch_size % c.grad_accum_steps:
+        raise ConfigError(
+            "grad_accum_steps", c.grad_accum_steps, f"must divide batch_size={c.batch_size} into equal micro-batches"
+        )
     _choice(c, "data.corpus", ("shakespeare",))
     _fraction(c, "data.val_fraction", upper_open=True)
+
+
+def _check_mesh(c: config_dict.ConfigDict) -> None:
+    """Sizes and rules only: the product against the device count is checked by
+    experiments.sharding.mesh_shape, because counting devices here would start a backend before
+    a multi-process job has joined."""
+    for axis in MESH_AXES:
+        value = c.mesh[axis]
+        if not isinstance(value, int) or isinstance(value, bool) or not (value >= 1 or value == -1):
+            raise ConfigError(f"mesh.{axis}", value, "must be a positive integer, or -1 for all remaining devices")
+    auto = [axis for axis in MESH_AXES if c.mesh[axis] == -1]
+    if len(auto) > 1:
+        sizes = ", ".join(f"{a}={c.mesh[a]}" for a in MESH_AXES)
+        raise ConfigError(f"mesh.{auto[1]}", -1, f"at most one mesh axis may be -1 (got {sizes})")
+    for name in c.mesh_rules:
+        rule = c.mesh_rules[name]
+        if name not in LOGICAL_AXES:
+            raise ConfigError(f"mesh_rules.{name}", rule, f"unknown logical axis; allowed names: {', '.join(LOGICAL_AXES)}")
+        if not isinstance(rule, tuple) or any(a not in MESH_AXES for a in rule) or len(set(rule)) != len(rule):
+            raise ConfigError(
+                f"mesh_rules.{name}", rule, f"must be a tuple of distinct mesh axes from {', '.join(MESH_AXES)} (() replicates)"
+            )
+
+
+def _non_negative_int(c: config_dict.ConfigDict, field: str) -> None:
+    value = _get(c, field)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ConfigError(field, value, "must be a non-negative integer")
+
+
+def _check_eval_and_profile(c: config_dict.ConfigDict) -> None:
+    """On the resolved config: the profiler window is checked against train_steps."""
+    extra = c.eval_contexts
+    if not isinstance(extra, (tuple, list)) or any(not isinstance(t, int) or isinstance(t, bool) or t <= 0 for t in extra):
+        raise ConfigError("eval_contexts", extra, "must be a tuple of positive integers (context lengths in tokens), () for none")
+    _non_negative_int(c, "profile.start_step")
+    _non_negative_int(c, "profile.num_steps")
+    if c.profile.num_steps and c.profile.start_step >= c.train_steps:
+        raise ConfigError(
+            "profile.start_step",
+            c.profile.start_step,
+            f"must be < train_steps={c.train_steps} to trace any step (or set profile.num_steps=0)",
+        )
 
 
 def validate(config: config_dict.ConfigDict) -> config_dict.ConfigDict:
@@ -108,11 +169,13 @@ def validate(config: config_dict.ConfigDict) -> config_dict.ConfigDict:
     """
     _check_model(config)
     _check_run(config)
+    _check_mesh(config)
     c = config_dict.ConfigDict(config.to_dict())  # unlocked, free of placeholders' references
     if c.model.d_ff is None:
         c.model.d_ff = default_d_ff(c.model.d_model)
     if c.train_steps is None:
         c.train_steps = math.ceil(c.train_tokens / (c.batch_size * c.seq_len))
+    _check_eval_and_profile(c)
     return c
 
 
