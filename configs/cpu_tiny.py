@@ -21,5 +21,6 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     c.train_steps = 600
     c.optimizer.learning_rate = 3e-3
     c.eval_every = 100
+    c.checkpoint_every = 200
     c.log_every = 25
     return c

@@ -8,6 +8,7 @@ import sys
 from typing import Callable
 
 from absl import app, flags
+from absl import logging as absl_logging
 
 _ERROR_LINE = re.compile(r"^\s*(?:\w+\.)*(\w+(?:Error|Exception)): (.*)$")
 
@@ -39,7 +40,13 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def run_main(main: Callable[[list[str]], None]) -> None:
-    """app.run with quiet absl logging and clean flag errors."""
-    flags.FLAGS.set_default("verbosity", -1)  # absl INFO chatter drowns the progress lines
+    """app.run with quiet logging (absl INFO chatter from jax and orbax drowns the progress lines;
+    --verbosity=0 brings it back) and clean flag errors."""
+
+    def quiet_main(argv: list[str]) -> None:
+        if not flags.FLAGS["verbosity"].present:
+            absl_logging.set_verbosity(absl_logging.WARNING)
+        main(argv)
+
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # 'Unable to initialize backend tpu'
-    app.run(main, flags_parser=parse_flags)
+    app.run(quiet_main, flags_parser=parse_flags)

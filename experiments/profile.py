@@ -41,7 +41,7 @@ from ml_collections import config_dict, config_flags
 
 from costlaw.arch import param_counts
 from costlaw.costs import dtype_bytes, inference_flops, training_flops_per_token
-from experiments import cli, hlo, model as model_lib, train as train_lib, validate
+from experiments import cli, hlo, model as model_lib, optim, validate
 
 
 
@@ -129,12 +129,12 @@ def profile_train_step(config: config_dict.ConfigDict, context: int, batch_size:
     config = config_dict.ConfigDict(config.to_dict())
     config.train_steps = max(config.train_steps, 1)
     graphdef, params, model = abstract_model(config)
-    optimizer, _ = train_lib.make_optimizer(config, train_lib.decay_mask(model, params))
+    optimizer, _ = optim.make_optimizer(config, optim.decay_mask(model, config.optimizer.decay_embeddings))
     opt_state = jax.eval_shape(optimizer.init, params)
     tokens = jax.ShapeDtypeStruct((batch_size, context + 1), jnp.int32)
 
     def step(params, opt_state, tokens):
-        loss, grads = jax.value_and_grad(lambda p: train_lib.loss_fn(graphdef, p, tokens))(params)
+        loss, grads = jax.value_and_grad(lambda p: optim.next_token_loss(graphdef, p, tokens))(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return jax.tree.map(jnp.add, params, updates), opt_state, loss
 

@@ -6,24 +6,24 @@ import contextlib
 import dataclasses
 import importlib.metadata
 import json
-import math
 import pathlib
+import signal
 import subprocess
 import sys
 import time
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 from absl import app, flags
 from flax import nnx
 from ml_collections import config_dict, config_flags
 
 from costlaw.arch import param_counts
 from costlaw.costs import training_flops_per_token
-from experiments import cli, data, model as model_lib, validate
+from experiments import checkpoint, cli, data, distributed, metrics, optim, sharding, validate
+from experiments import evaluate as evaluate_lib
+from experiments import model as model_lib
 
 RECORD_SCHEMA_VERSION = 1
 
@@ -35,43 +35,13 @@ class TrainResult:
 
     losses: list[tuple[int, float]]
     eval_losses: list[dict]  # {"step", "context", "loss", "tokens"}
-    record_path: pathlib.Path
-
-
-def decay_mask(model: nnx.Module, params: dict) -> dict:
-    """True for matrices that get weight decay: >= 2 dims and not an embedding (no 'vocab' axis)."""
-    axes = model_lib.logical_axes(model)
-
-    def is_matrix(path, leaf):
-        names = axes["/".join(str(p.key) for p in path)]
-        return leaf.ndim >= 2 and model_lib.VOCAB not in names
-
-    return jax.tree_util.tree_map_with_path(is_matrix, params)
-
-
-def make_optimizer(config: config_dict.ConfigDict, mask: dict) -> tuple[optax.GradientTransformation, Callable]:
-    o, steps = config.optimizer, config.train_steps
-    schedule = optax.warmup_cosine_decay_schedule(
-        init_value=0.0,
-        peak_value=o.learning_rate,
-        warmup_steps=int(o.warmup_frac * steps),
-        decay_steps=steps,
-        end_value=o.learning_rate * o.final_lr_frac,
-    )
-    chain = [optax.clip_by_global_norm(o.grad_clip)] if o.grad_clip > 0 else []
-    chain.append(optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=mask))
-    return optax.chain(*chain), schedule
-
-
-def loss_fn(graphdef: nnx.GraphDef, params: dict, tokens: jax.Array) -> jax.Array:
-    """Mean next-token cross-entropy (nats) over tokens [B, T+1]."""
-    logits = nnx.merge(graphdef, params)(tokens[:, :-1])
-    return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
+    record_path: pathlib.Path | None  # None on processes other than 0
+    stopped_early: bool = False  # SIGTERM: a checkpoint was saved and the run can be resumed
 
 
 class _Rate:
-    """Tokens/s and ETA for progress lines. Step 1 includes compilation, so rates start after it;
-    evaluation time is excluded so the training rate stays the training rate."""
+    """Tokens/s and ETA for progress lines. The first step of a process includes compilation, so
+    rates start after it; evaluation and checkpoint time is excluded so the rate stays the training rate."""
 
     def __init__(self, tokens_per_step: int, total_steps: int):
         self.tokens_per_step, self.total = tokens_per_step, total_steps
@@ -85,104 +55,231 @@ class _Rate:
         yield
         self.excluded += time.perf_counter() - t
 
-    def line(self, step: int) -> str:
+    def line(self, step: int) -> tuple[str, float | None]:
+        """The progress text and tokens/s (None while unknown)."""
         now = time.perf_counter()
         if self.base_time is None:
             self.base_time, self.base_step = now, step
-            return f"step {step:>6}/{self.total}  first step (incl. compile) {now - self.start:.1f}s"
+            return f"step {step:>6}/{self.total}  first step (incl. compile) {now - self.start:.1f}s", None
         busy = now - self.base_time - self.excluded
         steps_per_s = (step - self.base_step) / busy
         eta = (self.total - step) / steps_per_s
-        return f"step {step:>6}/{self.total}  {steps_per_s * self.tokens_per_step:,.0f} tok/s  eta {eta:,.0f}s"
+        rate = steps_per_s * self.tokens_per_step
+        return f"step {step:>6}/{self.total}  {rate:,.0f} tok/s  eta {eta:,.0f}s", rate
 
 
-def train(config: config_dict.ConfigDict, workdir: str | pathlib.Path, *, echo: Callable[[str], Any] = print) -> TrainResult:
-    """Validate the config, train, evaluate on held-out data, and write workdir/record.json."""
+class _HostData:
+    """This process's rows of each global training batch (random windows of the training split).
+
+    Every process draws the same window starts from one generator seeded by config.seed and
+    reads only its own rows' windows, so the global batch, and therefore the loss curve, is the
+    same whatever the number of processes. The checkpointed position is the number of batches
+    read; resuming replays the generator's draws to that point.
+    """
+
+    def __init__(self, tokens: np.ndarray, global_rows: int, length: int, seed: int, process: distributed.ProcessInfo):
+        if tokens.size < length:
+            raise data.DataError(f"the data has {tokens.size} tokens, fewer than one window of {length}; lower seq_len")
+        self.tokens, self.global_rows, self.length = tokens, global_rows, length
+        rows = global_rows // process.count
+        self.mine = slice(process.index * rows, (process.index + 1) * rows)
+        self.rng = np.random.default_rng(seed)
+        self.read = 0
+
+    def _starts(self) -> np.ndarray:
+        self.read += 1
+        return self.rng.integers(0, self.tokens.size - self.length + 1, size=self.global_rows)
+
+    def __next__(self) -> np.ndarray:
+        return np.stack([self.tokens[s : s + self.length] for s in self._starts()[self.mine]]).astype(np.int32)
+
+    def skip_to(self, read: int) -> None:
+        while self.read < read:
+            self._starts()
+
+
+def _eval_batches(config: config_dict.ConfigDict, val: np.ndarray, process: distributed.ProcessInfo) -> dict[int, list[np.ndarray]]:
+    """The same held-out windows at every evaluation, per context length; each process holds its rows."""
+    batches = {}
+    for shape in evaluate_lib.plan(config):
+        rng = np.random.default_rng([config.seed, 1, shape.context])
+        rows = max(1, shape.batch_size // process.count)
+        batches[shape.context] = [
+            data.sample_windows(val, rows * process.count, shape.context + 1, rng)[process.index * rows : (process.index + 1) * rows]
+            for _ in range(shape.num_batches)
+        ]
+    return batches
+
+
+class _StopFlag:
+    """Set by SIGTERM (preemptible TPU VMs and spot GPUs send it): the loop saves and exits cleanly."""
+
+    def __init__(self):
+        self.set = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        self.set = True
+
+    def restore(self) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def train(
+    config: config_dict.ConfigDict,
+    workdir: str | pathlib.Path,
+    *,
+    echo: Callable[[str], Any] = print,
+    process: distributed.ProcessInfo | None = None,
+) -> TrainResult:
+    """Validate the config, train (resuming from the newest readable checkpoint in workdir),
+    evaluate on held-out data at several contexts, and write TensorBoard events and record.json.
+
+    Every process of a multi-process job calls this; only process 0 prints and writes records.
+    """
     config = validate.validate(config)
+    process = process or distributed.ProcessInfo(jax.process_index(), jax.process_count())
+    say = echo if process.is_primary else (lambda *_: None)
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    echo("config:\n  " + "\n  ".join(f"{k} = {v}" for k, v in sorted(_flatten(config.to_dict()).items())))
+    say("config:\n  " + "\n  ".join(f"{k} = {v}" for k, v in sorted(_flatten(config.to_dict()).items())))
 
     splits = data.load_shakespeare(config.data.val_fraction)
     if splits.vocab_size > config.model.vocab_size:
         raise validate.ConfigError("model.vocab_size", config.model.vocab_size, f"must be >= the tokenizer's {splits.vocab_size}")
+    if config.batch_size % process.count:
+        raise validate.ConfigError("batch_size", config.batch_size, f"must be a multiple of the {process.count} processes")
 
     cfg = model_lib.ModelConfig.from_config(config)
-    model = model_lib.Transformer(cfg, nnx.Rngs(config.seed))
-    counts = param_counts(validate.architecture(config))
-    counted = model_lib.count_params(model)
+    arch = validate.architecture(config)
+    mesh = sharding.make_mesh(config)
+    abstract = sharding.abstract_model(cfg)
+    counts = param_counts(arch)
+    counted = model_lib.count_params(abstract)
     if counted != counts.total:  # the cost model is only worth trusting if this holds
         raise AssertionError(f"cost model counts {counts.total} parameters, the model has {counted}")
     tokens_per_step = config.batch_size * config.seq_len
-    flops_per_token = training_flops_per_token(validate.architecture(config), config.seq_len).total
-    echo(
+    flops_per_token = training_flops_per_token(arch, config.seq_len).total
+    say(
         f"parameters: total {counts.total:,}  embedding {counts.embedding:,}  non-embedding {counts.non_embedding:,}\n"
         f"training FLOPs: {flops_per_token:,.0f} per token, {flops_per_token * tokens_per_step:.3e} per step, "
         f"{flops_per_token * tokens_per_step * config.train_steps:.3e} per run "
-        f"({config.train_steps} steps x {tokens_per_step:,} tokens)"
+        f"({config.train_steps} steps x {tokens_per_step:,} tokens)\n"
+        f"mesh: {dict(mesh.shape)} over {jax.device_count()} devices in {process.count} process(es)"
     )
 
-    graphdef, state = nnx.split(model)
-    params = nnx.to_pure_dict(state)
-    optimizer, schedule = make_optimizer(config, decay_mask(model, params))
-    opt_state = optimizer.init(params)
+    graphdef = nnx.graphdef(abstract)
+    rules = config.mesh_rules
+    p_shard = sharding.param_shardings(abstract, mesh, rules)
+    optimizer, schedule = optim.make_optimizer(config, optim.decay_mask(abstract, config.optimizer.decay_embeddings))
+    abstract_params = nnx.to_pure_dict(nnx.state(abstract))
+    o_shard = sharding.opt_state_shardings(optimizer, abstract_params, mesh, p_shard)
+    b_shard = sharding.batch_sharding(mesh, rules)
+    train_step = sharding.make_train_step(
+        graphdef, optimizer, mesh, p_shard, o_shard, b_shard, grad_accum_steps=config.grad_accum_steps, schedule=schedule
+    )
+    host_data = _HostData(splits.train, config.batch_size, config.seq_len + 1, config.seed, process)
 
-    @jax.jit
-    def train_step(params, opt_state, tokens):
-        loss, grads = jax.value_and_grad(lambda p: loss_fn(graphdef, p, tokens))(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss, optax.tree.norm(grads)
+    ckpt = checkpoint.Checkpointer(workdir / "checkpoints", max_to_keep=config.checkpoint_keep)
+    restored = ckpt.restore_latest(
+        jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_params, p_shard),
+        jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), jax.eval_shape(optimizer.init, abstract_params), o_shard),
+    )
+    if restored is None:
+        params = sharding.init_params(cfg, config.seed, p_shard)
+        opt_state = sharding.init_opt_state(optimizer, params, o_shard)
+        start, losses, eval_losses = 0, [], []
+    else:
+        params, opt_state, start = restored.params, restored.opt_state, restored.step
+        host_data.skip_to(restored.data_state["batches_read"])
+        losses = [tuple(x) for x in restored.data_state["losses"]]
+        eval_losses = list(restored.data_state["eval_losses"])
+        say(f"resumed from the checkpoint after step {start} in {ckpt.directory}")
 
-    eval_loss = jax.jit(lambda p, t: loss_fn(graphdef, p, t))
-    rng = np.random.default_rng(config.seed)
-    eval_rng_seed = config.seed + 1  # same held-out windows at every evaluation
+    def save(step: int, *, wait: bool = False) -> None:
+        ckpt.save(step, params, opt_state, {"batches_read": host_data.read, "losses": losses, "eval_losses": eval_losses}, wait=wait)
 
-    def evaluate(params) -> float:
-        erng = np.random.default_rng(eval_rng_seed)
-        batches = [data.sample_windows(splits.val, config.batch_size, config.seq_len + 1, erng) for _ in range(config.eval_batches)]
-        return float(np.mean([eval_loss(params, b) for b in batches]))
-
-    losses, eval_losses = [], []
-    start = time.perf_counter()
+    writer = metrics.MetricsWriter(workdir / "tb", is_primary=process.is_primary)
+    writer.hparams(metrics.run_hparams(config, counts.non_embedding))
+    trace = metrics.TraceWindow(config.profile.start_step, config.profile.num_steps, workdir / "tb")
+    deferred = metrics.DeferredMetrics()
+    val_batches = _eval_batches(config, splits.val, process)
     timer = _Rate(tokens_per_step, config.train_steps)
-    for step in range(1, config.train_steps + 1):
-        batch = data.sample_windows(splits.train, config.batch_size, config.seq_len + 1, rng)
-        params, opt_state, loss, grad_norm = train_step(params, opt_state, batch)
-        if step == 1 or step % config.log_every == 0 or step == config.train_steps:
-            loss = float(loss)  # blocks on this step only when a line is due
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss} at step {step}; lower optimizer.learning_rate or check the data")
-            # optax reads the schedule at the 0-based count, so step s ran with schedule(s - 1)
-            echo(f"{timer.line(step)}  loss {loss:.4f}  lr {float(schedule(step - 1)):.2e}  |g| {float(grad_norm):.3f}")
-            losses.append((step, loss))
-        if step % config.eval_every == 0 or step == config.train_steps:
-            with timer.paused():
-                loss = evaluate(params)
-            n_eval = config.eval_batches * tokens_per_step
-            eval_losses.append({"step": step, "context": config.seq_len, "loss": loss, "tokens": n_eval})
-            echo(f"eval  step {step:>6}  held-out loss {loss:.4f} at T={config.seq_len} ({n_eval:,} tokens)")
+    stop = _StopFlag()
 
-    record = {
-        "schema_version": RECORD_SCHEMA_VERSION,
-        "kind": "gqa-costlaw-run",
-        "config": config.to_dict(),
-        "architecture": dataclasses.asdict(validate.architecture(config)),
-        "params": dataclasses.asdict(counts),
-        "train_context": config.seq_len,
-        "training_flops_per_token": flops_per_token,
-        "train_tokens": config.train_steps * tokens_per_step,
-        "losses": losses,
-        "eval_losses": eval_losses,
-        "wall_seconds": time.perf_counter() - start,
-        "jax_version": jax.__version__,
-        "package_version": _package_version(),
-        "git_commit": _git_commit(),
-        "devices": [str(d) for d in jax.devices()],
-    }
-    record_path = workdir / "record.json"
-    record_path.write_text(json.dumps(record, indent=2))
-    echo(f"wrote {record_path}")
-    return TrainResult(losses, eval_losses, record_path)
+    def record_step(m: metrics.StepMetrics) -> None:
+        due = m.step == start + 1 or m.step % config.log_every == 0 or m.step == config.train_steps
+        if not due:
+            return
+        text, rate = timer.line(m.step)
+        v = m.values
+        say(f"{text}  loss {v['loss']:.4f}  lr {v['lr']:.2e}  |g| {v['grad_norm']:.3f}")
+        writer.train(m.step, loss=v["loss"], learning_rate=v["lr"], grad_norm=v["grad_norm"], tokens_per_s=rate,
+                     step_time_s=None if rate is None else tokens_per_step / rate)
+        losses.append((m.step, v["loss"]))
+
+    completed = False
+    step = start
+    try:
+        for step in range(start + 1, config.train_steps + 1):
+            batch = sharding.shard_batch(next(host_data), b_shard)
+            with trace.step(step, params):
+                params, opt_state, step_metrics = train_step(params, opt_state, batch)
+            if (m := deferred.push(step, step_metrics)) is not None:
+                record_step(m)
+            last = step == config.train_steps
+            evaluate_now = step % config.eval_every == 0 or last
+            save_now = step % config.checkpoint_every == 0 or last or stop.set
+            if evaluate_now or save_now:
+                if (m := deferred.flush()) is not None:  # check this step's loss before keeping its state
+                    record_step(m)
+            if evaluate_now:
+                with timer.paused():
+                    batches = {c: [sharding.shard_batch(b, b_shard) for b in bs] for c, bs in val_batches.items()}
+                    rows = evaluate_lib.evaluate(graphdef, params, batches)
+                eval_losses.extend({"step": step, **r} for r in rows)
+                writer.evaluation(step, rows)
+                say(f"eval  step {step:>6}  " + "  ".join(f"T={r['context']}: {r['loss']:.4f}" for r in rows)
+                    + f"  ({sum(r['tokens'] for r in rows):,} tokens)")
+            if save_now:
+                with timer.paused():
+                    save(step, wait=last or stop.set)
+            if stop.set:
+                say(f"SIGTERM: saved a checkpoint after step {step}; run the same command to resume")
+                break
+        if (m := deferred.flush()) is not None:
+            record_step(m)
+        completed = not stop.set
+    finally:
+        stop.restore()
+        trace.close(params)
+        writer.close(completed=completed)
+        ckpt.close()
+
+    record_path = None
+    if process.is_primary and completed:
+        record = {
+            "schema_version": RECORD_SCHEMA_VERSION,
+            "kind": "gqa-costlaw-run",
+            "config": config.to_dict(),
+            "architecture": dataclasses.asdict(arch),
+            "params": dataclasses.asdict(counts),
+            "train_context": config.seq_len,
+            "training_flops_per_token": flops_per_token,
+            "train_tokens": config.train_steps * tokens_per_step,
+            "losses": losses,
+            "eval_losses": eval_losses,
+            "wall_seconds": time.perf_counter() - timer.start,
+            "jax_version": jax.__version__,
+            "package_version": _package_version(),
+            "git_commit": _git_commit(),
+            "devices": [str(d) for d in jax.devices()],
+            "processes": process.count,
+        }
+        record_path = workdir / "record.json"
+        record_path.write_text(json.dumps(record, indent=2))
+        say(f"wrote {record_path}")
+    return TrainResult(losses, eval_losses, record_path, stopped_early=stop.set)
 
 
 def _package_version() -> str | None:
@@ -218,8 +315,9 @@ def main(argv: list[str]) -> None:
     if FLAGS.config is None or FLAGS.workdir is None:
         raise app.UsageError("both --config and --workdir are required")
     try:
-        train(FLAGS.config, FLAGS.workdir)
-    except (validate.ConfigError, data.DataError, FloatingPointError) as e:
+        process = distributed.initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
+        train(FLAGS.config, FLAGS.workdir, process=process)
+    except (validate.ConfigError, data.DataError, FloatingPointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 
@@ -227,7 +325,10 @@ def main(argv: list[str]) -> None:
 def run() -> None:
     """Console-script entry point; flags are defined here so importing this module defines none."""
     config_flags.DEFINE_config_file("config", None, "Run config file, e.g. configs/cpu_tiny.py.", lock_config=True)
-    flags.DEFINE_string("workdir", None, "Folder for this run's outputs (created if missing).")
+    flags.DEFINE_string("workdir", None, "Folder for this run's outputs (created if missing); a rerun resumes it.")
+    flags.DEFINE_string("coordinator", None, "Multi-process: HOST:PORT of process 0 (with --num_processes, --process_id).")
+    flags.DEFINE_integer("num_processes", None, "Multi-process: how many processes the job has.")
+    flags.DEFINE_integer("process_id", None, "Multi-process: this process's index, 0-based.")
     cli.run_main(main)
 
 

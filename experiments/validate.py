@@ -79,7 +79,7 @@ def _check_model(c: config_dict.ConfigDict) -> None:
 
 
 def _check_run(c: config_dict.ConfigDict) -> None:
-    for field in ("seq_len", "batch_size", "eval_every", "eval_batches", "log_every"):
+    for field in ("seq_len", "batch_size", "eval_every", "eval_batches", "log_every", "checkpoint_every", "checkpoint_keep"):
         _positive_int(c, field)
     if not isinstance(c.seed, int) or c.seed < 0:
         raise ConfigError("seed", c.seed, "must be a non-negative integer")
