@@ -24,7 +24,8 @@ setup(
         "numpy>=2.0",
         "scipy>=1.14",
         "matplotlib>=3.9",
-        "threadpoolctl>=3.8",  # one BLAS thread inside the scaling fits (costlaw.fit)
+        "threadpoolctl>=3.8",
+        "tokenizers>=0.23.3",  # BPE trained locally, or any tokenizer.json  # one BLAS thread inside the scaling fits (costlaw.fit)
         "absl-py>=2.1",
         "flatbuffers>=25.12.19",  # jax.export serialization (kernel lowering proofs)
     ],
@@ -34,6 +35,7 @@ setup(
             "costlaw=costlaw.cli:main",
             "gqa-train=experiments.train:run",
             "gqa-profile=experiments.profile:run",
+            "gqa-data=experiments.data:main",
         ]
     },
 )

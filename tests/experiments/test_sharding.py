@@ -24,7 +24,7 @@ STEPS = 5
 
 def _config(data=-1, fsdp=1, tensor=1, grad_accum_steps=1):
     c = cpu_tiny.get_config()
-    c.model.update(num_layers=2, d_model=64, num_q_heads=4, num_kv_heads=2, head_dim=16, d_ff=128)
+    c.model.update(num_layers=2, d_model=64, num_q_heads=4, num_kv_heads=2, head_dim=16, d_ff=128, vocab_size=256)
     c.seq_len, c.batch_size, c.train_steps, c.grad_accum_steps = 32, 8, STEPS, grad_accum_steps
     c.optimizer.warmup_frac = 0.4  # a non-trivial schedule over the 5 steps
     c.mesh.update(data=data, fsdp=fsdp, tensor=tensor)
