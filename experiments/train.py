@@ -179,7 +179,8 @@ def train(
         host_data.set_state({"batches_read": restored.data_state["batches_read"]})
         losses = [tuple(x) for x in restored.data_state["losses"]]
         eval_losses = list(restored.data_state["eval_losses"])
-        say(f"resumed from the checkpoint after step {start} in {ckpt.directory}")
+        say(f"resumed from the checkpoint after step {start} in {ckpt.directory}"
+            + (" (the run had finished: nothing left to train)" if start >= config.train_steps else ""))
 
     def save(step: int, *, wait: bool = False) -> None:
         ckpt.save(step, params, opt_state, {**host_data.get_state(), "losses": losses, "eval_losses": eval_losses}, wait=wait)
