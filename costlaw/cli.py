@@ -70,6 +70,24 @@ def _contexts(text: str) -> list[int | float]:
         ) from None
 
 
+def add_objective_args(parser: argparse.ArgumentParser) -> None:
+    """The options of the combined objective Z, shared by every command that ranks or costs."""
+    dtypes = [*DTYPE_BYTES, *DTYPE_ALIASES]
+    objective = parser.add_argument_group("objective Z = lam*M^alpha + (1-lam)*C^beta")
+    objective.add_argument("--lam", type=float, default=0.9, help="memory weight in [0, 1]")
+    objective.add_argument("--alpha", type=float, default=0.5, help="memory exponent")
+    objective.add_argument("--beta", type=float, default=1 / 3, help="FLOPs exponent")
+    objective.add_argument("--memory-unit", choices=list(MEMORY_UNITS), default="GB")
+    objective.add_argument("--flops-unit", choices=list(FLOPS_UNITS), default="GFLOP")
+    objective.add_argument("--memory-dtype", choices=dtypes,
+                           help="bytes per value for Z (default: the param and KV dtypes)")
+
+
+def objective_from_args(args: argparse.Namespace) -> ObjectiveSpec:
+    return ObjectiveSpec(lam=args.lam, alpha=args.alpha, beta=args.beta, memory_unit=args.memory_unit,
+                         flops_unit=args.flops_unit, memory_dtype=args.memory_dtype)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="costlaw", description="Cost-aware scaling analysis of attention configurations.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -99,14 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     dtypes = [*DTYPE_BYTES, *DTYPE_ALIASES]
     costing.add_argument("--param-dtype", choices=dtypes, default="bfloat16", help="weights dtype")
     costing.add_argument("--kv-dtype", choices=dtypes, default="bfloat16", help="KV cache dtype")
-    objective = cost.add_argument_group("objective Z = lam*M^alpha + (1-lam)*C^beta")
-    objective.add_argument("--lam", type=float, default=0.9, help="memory weight in [0, 1]")
-    objective.add_argument("--alpha", type=float, default=0.5, help="memory exponent")
-    objective.add_argument("--beta", type=float, default=1 / 3, help="FLOPs exponent")
-    objective.add_argument("--memory-unit", choices=list(MEMORY_UNITS), default="GB")
-    objective.add_argument("--flops-unit", choices=list(FLOPS_UNITS), default="GFLOP")
-    objective.add_argument("--memory-dtype", choices=dtypes,
-                           help="bytes per value for Z (default: the param and KV dtypes)")
+    add_objective_args(cost)
     cost.add_argument("--json", action="store_true", help="print the report as JSON")
     cost.set_defaults(handler=_cost)
     for name in COMMAND_MODULES:
@@ -173,10 +184,7 @@ def format_report(report: dict) -> str:
 
 
 def _cost(args: argparse.Namespace) -> str:
-    objective = ObjectiveSpec(
-        lam=args.lam, alpha=args.alpha, beta=args.beta, memory_unit=args.memory_unit,
-        flops_unit=args.flops_unit, memory_dtype=args.memory_dtype,
-    )
+    objective = objective_from_args(args)
     report = cost_report(
         _architecture(args), args.context, train_context=args.train_context, train_tokens=args.train_tokens,
         param_dtype=args.param_dtype, kv_dtype=args.kv_dtype, objective=objective, batch_size=args.batch_size,

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 
 from costlaw.arch import PAPER_HEAD_DIM, PAPER_VOCAB_SIZE
-from costlaw.cli import UsageError, _contexts, _positive_int, _positive_number
+from costlaw.cli import UsageError, _contexts, _positive_int, _positive_number, add_objective_args, objective_from_args
 from costlaw.formatting import human_bytes, human_count, human_flops, render_rows
-from costlaw.costs import DTYPE_ALIASES, DTYPE_BYTES, FLOPS_UNITS, MEMORY_UNITS, ObjectiveSpec
+from costlaw.costs import DTYPE_ALIASES, DTYPE_BYTES, ObjectiveSpec
 from costlaw.fit import fit_heads
 from costlaw.frontier import COSTS, frontier, loss_cost_curves, optimal_heads_table, format_table
 from costlaw.laws import Heads, LossLaw, laws_from_json
@@ -80,14 +78,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     dtypes = [*DTYPE_BYTES, *DTYPE_ALIASES]
     build.add_argument("--param-dtype", choices=dtypes, default="bfloat16", help="weights dtype")
     build.add_argument("--kv-dtype", choices=dtypes, default="bfloat16", help="KV cache dtype")
-    objective = parser.add_argument_group("objective Z = lam*M^alpha + (1-lam)*C^beta")
-    objective.add_argument("--lam", type=float, default=0.9, help="memory weight in [0, 1]")
-    objective.add_argument("--alpha", type=float, default=0.5, help="memory exponent")
-    objective.add_argument("--beta", type=float, default=1 / 3, help="FLOPs exponent")
-    objective.add_argument("--memory-unit", choices=list(MEMORY_UNITS), default="GB")
-    objective.add_argument("--flops-unit", choices=list(FLOPS_UNITS), default="GFLOP")
-    objective.add_argument("--memory-dtype", choices=dtypes,
-                           help="bytes per value for Z (default: the param and KV dtypes)")
+    add_objective_args(parser)
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
 
@@ -121,11 +112,6 @@ def register(commands: argparse._SubParsersAction) -> None:
     frontier_parser.add_argument("--points", type=_positive_int, default=25, help="sizes per curve (geometric)")
     _add_common(frontier_parser)
     frontier_parser.set_defaults(handler=_frontier)
-
-
-def _objective(args: argparse.Namespace) -> ObjectiveSpec:
-    return ObjectiveSpec(lam=args.lam, alpha=args.alpha, beta=args.beta, memory_unit=args.memory_unit,
-                         flops_unit=args.flops_unit, memory_dtype=args.memory_dtype)
 
 
 def _costing(args: argparse.Namespace) -> Costing:
@@ -225,7 +211,7 @@ def _recommend(args: argparse.Namespace) -> str:
     budget = args.flops_budget is not None or args.memory_budget is not None
     if budget == (args.target_loss is not None):
         raise UsageError("give --target-loss, or a budget (--flops-budget and/or --memory-budget), not both")
-    objective, costing = _objective(args), _costing(args)
+    objective, costing = objective_from_args(args), _costing(args)
     if budget:
         result = best_under_budget(laws, args.context, flops_budget=args.flops_budget,
                                    memory_budget=args.memory_budget, objective=objective, costing=costing)
@@ -239,7 +225,7 @@ def _frontier(args: argparse.Namespace) -> str:
     laws, _ = _laws_and_samples(args)
     if args.n_min >= args.n_max:
         raise UsageError(f"--n-min {args.n_min:g} must be below --n-max {args.n_max:g}")
-    objective, costing = _objective(args), _costing(args)
+    objective, costing = objective_from_args(args), _costing(args)
     grid = np.geomspace(args.n_min, args.n_max, args.points)
     fronts = {}
     for context in args.context:

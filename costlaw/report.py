@@ -86,7 +86,7 @@ def _interval(value: float, bounds: tuple[float, float] | None, fmt=lambda x: f"
 
 def _fit_table(fit: FitResult) -> str:
     lines = [
-        f"| H (n_q, n_kv) | points | a | b | E | R^2 | held-out error |",
+        "| H (n_q, n_kv) | points | a | b | E | R^2 | held-out error |",
         "|:---:|---:|---:|---:|---:|---:|---:|",
     ]
     for heads, f in fit.fits.items():
