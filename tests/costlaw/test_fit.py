@@ -46,7 +46,8 @@ def test_recovers_known_laws_within_bootstrap_intervals():
         for name in ("a", "b", "E"):
             lo, hi = fit.intervals[name]
             value = getattr(fit.law, name)
-            assert lo <= value <= hi
+            # a percentile interval need not contain the point estimate: check it is ordered and near
+            assert lo <= hi and lo - (hi - lo) <= value <= hi + (hi - lo)
             # A 95% percentile interval from 40 resamples is itself noisy, and Huber fits (mostly in the
             # absolute-error regime) undercover a little: a margin of one width either side makes the test
             # check that the truth is where the interval says, not 5% bad luck per parameter.
@@ -55,7 +56,7 @@ def test_recovers_known_laws_within_bootstrap_intervals():
         assert fit.law.E == pytest.approx(law.E, rel=0.05)
         assert fit.law.b == pytest.approx(law.b, rel=0.15)
         point, lo, hi = fit.predict_interval(1e10)  # extrapolated: beyond the largest size
-        assert lo < point < hi
+        assert lo < hi and lo * 0.99 < point < hi * 1.01  # percentile bounds need not bracket the estimate
         assert lo * 0.99 < law.loss(1e10) < hi * 1.01
         assert max(abs(r) for r in fit.residuals) < 0.02
     assert laws_from_json(json.loads(json.dumps(laws_to_json(result.laws)))) == result.laws
@@ -163,7 +164,9 @@ def test_cli_fit_skips_a_corrupt_record_and_prints_json_laws(tmp_path, capsys):
     for heads, law in laws.items():
         assert law.loss(5e8) == pytest.approx(truth[heads].loss(5e8), rel=0.01)
     assert len(report["warnings"]) == 1 and report["n_records"] == 6 * 8
-    assert all(f["held_out"] is not None and f["intervals"]["E"][0] <= f["E"] for f in report["fits"])
+    # intervals are present and ordered; whether they cover the truth is the recovery tests' job (20
+    # resamples here: a percentile interval need not even contain the point estimate)
+    assert all(f["held_out"] is not None and f["intervals"]["E"][0] <= f["intervals"]["E"][1] for f in report["fits"])
     # Without (2, 2) the other five have log2 n_q * log2 n_kv = 2 log2 n_kv: the interaction is
     # undetermined, so that configuration gets no leave-one-out error.
     left_out = {(row["n_q"], row["n_kv"]) for row in report["joint"]["held_out"]}
