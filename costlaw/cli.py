@@ -70,6 +70,15 @@ def _contexts(text: str) -> list[int | float]:
         ) from None
 
 
+def positive_losses(text: str) -> list[int | float]:
+    """A comma-separated list of target losses, for --target-loss(es) options."""
+    try:
+        return [_positive_number(part) for part in text.split(",")]
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of positive losses "
+                                         f"(e.g. 2.8,3.0,3.2)") from None
+
+
 def add_objective_args(parser: argparse.ArgumentParser) -> None:
     """The options of the combined objective Z, shared by every command that ranks or costs."""
     dtypes = [*DTYPE_BYTES, *DTYPE_ALIASES]

@@ -5,18 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 
-from costlaw.cli import UsageError, _contexts, _positive_number
+from costlaw.cli import UsageError, _contexts, positive_losses
 from costlaw.cli_fit import _load, _non_negative_int
 from costlaw.costs import ObjectiveSpec
 from costlaw.report import ReportOptions, build_report
-
-
-def _losses(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(_positive_number(part) for part in text.split(","))
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of positive losses (e.g. 2.8,3.0)") from None
-    return values
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -30,7 +22,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     report.add_argument("--out", required=True, metavar="DIR", help="folder to write the report into (created)")
     report.add_argument("--contexts", type=_contexts, default=[8192, 32768, 131072],
                         help="inference context lengths to cost at (default 8192,32768,131072)")
-    report.add_argument("--target-losses", type=_losses, help="target losses L* (default: three spread over the data)")
+    report.add_argument("--target-losses", type=positive_losses, help="target losses L* (default: three spread over the data)")
     report.add_argument("--bootstrap", type=_non_negative_int, default=200, help="bootstrap resamples (default 200)")
     report.add_argument("--shared-e", action="store_true", help="one irreducible loss E for all head configurations")
     report.add_argument("--seed", type=_non_negative_int, default=0, help="bootstrap seed")
@@ -44,7 +36,9 @@ def register(commands: argparse._SubParsersAction) -> None:
 def _report(args: argparse.Namespace) -> str:
     loaded = _load(args.records)
     options = ReportOptions(
-        contexts=tuple(args.contexts), target_losses=args.target_losses, bootstrap=args.bootstrap,
+        contexts=tuple(args.contexts),
+        target_losses=None if args.target_losses is None else tuple(args.target_losses),
+        bootstrap=args.bootstrap,
         shared_E=args.shared_e, seed=args.seed, objective=ObjectiveSpec(lam=args.lam, alpha=args.alpha, beta=args.beta),
     )
     try:

@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from costlaw.arch import PAPER_HEAD_DIM, PAPER_VOCAB_SIZE
-from costlaw.cli import UsageError, _contexts, _positive_int, _positive_number, add_objective_args, objective_from_args
+from costlaw.cli import (
+    UsageError, _contexts, _positive_int, _positive_number, add_objective_args, objective_from_args, positive_losses,
+)
 from costlaw.formatting import human_bytes, human_count, human_flops, render_rows
 from costlaw.costs import DTYPE_ALIASES, DTYPE_BYTES, ObjectiveSpec
 from costlaw.fit import fit_heads
@@ -50,14 +52,6 @@ def _heads(text: str) -> Heads:
     if n_q <= 0 or n_kv <= 0 or n_q % n_kv:
         raise argparse.ArgumentTypeError(f"{text!r} needs positive N_Q,N_KV with N_KV dividing N_Q (e.g. 32,8)")
     return n_q, n_kv
-
-
-def _losses(text: str) -> list[int | float]:
-    try:
-        return [_positive_number(part) for part in text.split(",")]
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of positive losses "
-                                         f"(e.g. 2.8,3.0,3.2)") from None
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -106,7 +100,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                     "configuration for every (L*, T).",
     )
     frontier_parser.add_argument("--context", type=_contexts, required=True, help="context lengths, comma-separated")
-    frontier_parser.add_argument("--target-losses", type=_losses, help="target losses for the optimal-heads table")
+    frontier_parser.add_argument("--target-losses", type=positive_losses, help="target losses for the optimal-heads table")
     frontier_parser.add_argument("--n-min", type=_positive_number, default=1e7, help="smallest N on the curves")
     frontier_parser.add_argument("--n-max", type=_positive_number, default=1e11, help="largest N on the curves")
     frontier_parser.add_argument("--points", type=_positive_int, default=25, help="sizes per curve (geometric)")

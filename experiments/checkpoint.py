@@ -89,6 +89,9 @@ class Checkpointer:
         self._manager.close()
 
 
-def abstract_like(tree: Any) -> Any:
-    """ShapeDtypeStructs (with shardings) of a pytree of arrays: the restore target."""
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
+def abstract_like(tree: Any, shardings: Any = None) -> Any:
+    """ShapeDtypeStructs of a pytree of arrays (or of shapes): the restore target. Shardings come
+    from `shardings` (a matching tree) when given, else from the arrays themselves."""
+    if shardings is None:
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)

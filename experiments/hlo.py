@@ -39,8 +39,3 @@ def dot_flops(hlo_text: str) -> int:
         lhs = shapes[lhs_name]
         total += 2 * math.prod(result) * math.prod(lhs[i] for i in _dims(contract.group(1)))
     return total
-
-
-def count_ops(hlo_text: str, opcode: str) -> int:
-    """How many instructions of an opcode (e.g. 'convolution', 'while') the module holds."""
-    return len(re.findall(rf"\s{re.escape(opcode)}\(", hlo_text))

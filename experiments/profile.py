@@ -41,7 +41,7 @@ from ml_collections import config_dict, config_flags
 
 from costlaw.arch import param_counts
 from costlaw.costs import dtype_bytes, inference_flops, training_flops_per_token
-from experiments import cli, hlo, model as model_lib, optim, validate
+from experiments import cli, hlo, model as model_lib, optim, sharding, validate
 
 
 
@@ -79,8 +79,7 @@ class PassProfile:
 
 def abstract_model(config: config_dict.ConfigDict) -> tuple[nnx.GraphDef, dict, nnx.Module]:
     """Graph definition, parameter shapes (jax.ShapeDtypeStruct) and the abstract module."""
-    cfg = model_lib.ModelConfig.from_config(config)
-    model = nnx.eval_shape(lambda: model_lib.Transformer(cfg, nnx.Rngs(0)))
+    model = sharding.abstract_model(model_lib.ModelConfig.from_config(config))
     graphdef, state = nnx.split(model)
     return graphdef, nnx.to_pure_dict(state), model
 

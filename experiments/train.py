@@ -167,8 +167,8 @@ def train(
 
     ckpt = checkpoint.Checkpointer(workdir / "checkpoints", max_to_keep=config.checkpoint_keep)
     restored = ckpt.restore_latest(
-        jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_params, p_shard),
-        jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), jax.eval_shape(optimizer.init, abstract_params), o_shard),
+        checkpoint.abstract_like(abstract_params, p_shard),
+        checkpoint.abstract_like(jax.eval_shape(optimizer.init, abstract_params), o_shard),
     )
     if restored is None:
         params = sharding.init_params(cfg, config.seed, p_shard)
